@@ -14,6 +14,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evatok.cli.inspect",
     "evatok.cli.train",
     "evatok.cli.weights",
+    "evatok.cli.eval",
+    "evatok.cli.tokens",
 )
 
 

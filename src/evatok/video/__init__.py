@@ -1,0 +1,61 @@
+"""Reading real video files: decoding, clips and datasets. Imports nothing else of evatok."""
+
+from evatok.video.clips import (
+    Clip,
+    ClipIndex,
+    ClipSpec,
+    from_model_output,
+    index_clips,
+    iter_clips,
+    read_clip,
+    read_video,
+    to_model_input,
+)
+from evatok.video.datasets import (
+    ClipDataset,
+    VideoEntry,
+    class_names,
+    labels_from_folders,
+    list_videos,
+    read_manifest,
+    split_by_file,
+)
+from evatok.video.io import (
+    RAW_H264_SUFFIXES,
+    VIDEO_SUFFIXES,
+    Frame,
+    StreamInfo,
+    VideoDecodeError,
+    VideoInfo,
+    count_frames,
+    iter_frames,
+    probe,
+)
+
+__all__ = [
+    "RAW_H264_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "Clip",
+    "ClipDataset",
+    "ClipIndex",
+    "ClipSpec",
+    "Frame",
+    "StreamInfo",
+    "VideoDecodeError",
+    "VideoEntry",
+    "VideoInfo",
+    "class_names",
+    "labels_from_folders",
+    "list_videos",
+    "read_manifest",
+    "split_by_file",
+    "count_frames",
+    "from_model_output",
+    "index_clips",
+    "iter_clips",
+    "iter_frames",
+    "probe",
+    "read_clip",
+    "read_video",
+    "to_model_input",
+]
