@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from evatok.models import PAD_ID, Tokenizer, TokenizerConfig
-from evatok.models.tokenizer import CONFIG_METADATA_KEY, pooling_grids
+from evatok.models.tokenizer import pooling_grids
 from evatok.presets import tokenizer_config
 
 
@@ -253,7 +253,7 @@ def test_save_and_load_pretrained(tmp_path, tiny, monkeypatch):
     assert (tmp_path / "config.json").is_file()
     assert not list(tmp_path.glob("*.bin"))
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
-        stored = json.loads(handle.metadata()[CONFIG_METADATA_KEY])
+        stored = json.loads(handle.metadata()[Tokenizer.config_metadata_key])
     assert stored == tiny.config.to_dict()
 
     def refuse_pickle(*args, **kwargs):

@@ -36,3 +36,33 @@ def test_inspect_rejects_bad_options(clips_dir: Path, capsys: pytest.CaptureFixt
     assert main(["inspect", str(path), "--stride", "2", "--fps", "3"]) == 2
     assert "choose one sampling rule" in capsys.readouterr().out
     assert main(["inspect", str(clips_dir / "missing.mp4")]) == 2
+
+
+def test_inspect_token_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import torch
+
+    from evatok.codec import encode_video
+    from evatok.models import Tokenizer
+    from evatok.presets import tokenizer_config
+
+    torch.manual_seed(0)
+    model = Tokenizer(tokenizer_config("micro")).eval()
+    tokens = encode_video(model, np.zeros((20, 32, 32, 3), dtype=np.uint8), (8, 4, 2, 2))
+    path = tmp_path / "clip.safetensors"
+    tokens.save(path)
+
+    status = main(["inspect", str(path)])
+    output = capsys.readouterr().out
+    assert status == 0
+    assert f"token file: {path}" in output
+    assert "source frames: 20 (last clip: 4 of 16 frames real)" in output
+
+
+def test_inspect_rejects_corrupt_token_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    status = main(["inspect", str(path)])
+    output = capsys.readouterr().out
+    assert status == 1
+    assert "  rejected: " in output

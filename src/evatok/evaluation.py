@@ -60,7 +60,8 @@ class AssignmentRule:
         return f"{self.kind} {self.counts}"
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_frame_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Return the mean over real frames of each clip: values and mask are (batch, frames)."""
     weights = mask.to(values.dtype)
     return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
@@ -106,7 +107,7 @@ def evaluate_reconstruction(
             "lpips": lpips(reconstruction, video, MODEL_RANGE),
         }
         columns = [
-            _masked_mean(per_frame[name].cpu(), mask.cpu()) for name in ("psnr", "ssim", "lpips")
+            masked_frame_mean(per_frame[name].cpu(), mask.cpu()) for name in ("psnr", "ssim", "lpips")
         ]
         columns.append(torch.full((video.shape[0],), tokens, dtype=torch.float64))
         columns.append(mask.sum(dim=1).cpu().to(torch.float64))

@@ -12,10 +12,12 @@ from evatok import __version__
 # Each module defines `register(subparsers)`, which adds its subcommands and sets `func` on them.
 COMMAND_MODULES: tuple[str, ...] = (
     "evatok.cli.inspect",
+    "evatok.cli.search",
     "evatok.cli.train",
     "evatok.cli.weights",
     "evatok.cli.eval",
     "evatok.cli.tokens",
+    "evatok.cli.router",
 )
 
 

@@ -72,24 +72,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate the checkpoint, print a table and optionally write JSON."""
+    from evatok.codec import clip_spec
     from evatok.evaluation import AssignmentRule, evaluate_reconstruction, format_table
     from evatok.metrics import I3DFeatures, LPIPSMetric
     from evatok.models.tokenizer import Tokenizer
-    from evatok.video.clips import ClipSpec
     from evatok.video.datasets import ClipDataset, list_videos, read_manifest
 
     model = _load_tokenizer(Tokenizer, args.checkpoint).to(args.device)
     config = model.config
     rule = AssignmentRule.parse(args.assignment, model.space)
-    spec = ClipSpec(
-        num_frames=config.frames,
-        height=config.height,
-        width=config.width,
-        frame_stride=args.frame_stride,
-        fps=args.fps,
-        short_policy="pad",
-        crop="center",
-    )
+    spec = clip_spec(config, frame_stride=args.frame_stride, sample_fps=args.fps)
     if args.videos.is_dir():
         entries = list_videos(args.videos)
     elif args.videos.is_file() and args.videos.suffix.lower() in MANIFEST_SUFFIXES:

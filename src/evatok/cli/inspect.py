@@ -1,4 +1,4 @@
-"""`evatok inspect PATH`: report what evatok reads from a video file or a folder of videos."""
+"""`evatok inspect PATH`: report what evatok reads from a video file, a folder or a token file."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from evatok.codec import describe_token_file
 from evatok.video.clips import ClipIndex, ClipSpec, index_clips
 from evatok.video.datasets import list_videos
 from evatok.video.io import VideoDecodeError, VideoInfo, probe
@@ -28,14 +29,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `inspect` subcommand."""
     parser = subparsers.add_parser(
         "inspect",
-        help="report streams, size, rotation, fps, decodable frames and clips of videos",
+        help="report streams, size, rotation, fps, decodable frames and clips of videos, or a token file",
         description=(
             "Decode each video file (a file, or every video below a folder) and print its streams, "
             "size, rotation, frame rate, the number of frames that really decode and the clips it "
-            "yields for the clip spec below, or why it is rejected. Exits 1 when any file is rejected."
+            "yields for the clip spec below, or why it is rejected. A token file (.safetensors "
+            "written by `evatok encode`) is validated and described instead. Exits 1 when any "
+            "file is rejected."
         ),
     )
-    parser.add_argument("path", type=Path, help="a video file or a folder searched recursively")
+    parser.add_argument(
+        "path", type=Path, help="a video file, a folder searched recursively, or a token file"
+    )
     parser.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     parser.add_argument("--size", type=_parse_size, default=(128, 128), help="clip size N or HxW in pixels (default 128)")
     parser.add_argument("--stride", type=int, default=1, help="keep every n-th decoded frame (default 1)")
@@ -78,6 +83,16 @@ def _format_clips(index: ClipIndex, spec: ClipSpec) -> str:
     return f"  clips: {index.num_clips}{tail}"
 
 
+def _inspect_token_file(path: Path) -> int:
+    """Print the description of a token file; return 1 if it fails validation."""
+    try:
+        print(describe_token_file(path))
+    except ValueError as error:
+        print(f"{path}\n  rejected: {error}")
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Inspect every video under args.path and print a report; return 1 if any is rejected."""
     try:
@@ -89,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}")
         return 2
     path: Path = args.path
+    if path.is_file() and path.suffix == ".safetensors":
+        return _inspect_token_file(path)
     if path.is_dir():
         files = list_videos(path)
         other = sum(1 for p in path.rglob("*") if p.is_file()) - len(files)

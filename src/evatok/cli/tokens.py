@@ -18,7 +18,8 @@ from evatok.codec import (
     parse_assignment,
     reconstruct_video,
 )
-from evatok.models.tokenizer import WEIGHTS_NAME, Tokenizer
+from evatok.models.tokenizer import Tokenizer
+from evatok.models.weights import WEIGHTS_NAME
 from evatok.presets import preset_names, tokenizer_config
 from evatok.tokens import TokenizedVideo
 from evatok.video.io import VideoDecodeError

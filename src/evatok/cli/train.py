@@ -31,7 +31,7 @@ def build_options_parser(recipe: str) -> argparse.ArgumentParser:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand."""
     parser = subparsers.add_parser(
-        "train", help="train one stage (toy engine check, proxy tokenizer)", description=DESCRIPTION
+        "train", help="train one stage (toy engine check, proxy tokenizer, router)", description=DESCRIPTION
     )
     parser.add_argument("recipe", choices=sorted(RECIPES), help="stage to train")
     # argparse cannot mix a positional list with options inside a subcommand, so everything after

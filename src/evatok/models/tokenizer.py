@@ -14,26 +14,21 @@ step of that loop for the prefix-sharing assignment search.
 
 from __future__ import annotations
 
-import json
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors import safe_open
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from evatok.models.attention import BlockCache, QFormer
 from evatok.models.config import TokenizerConfig
 from evatok.models.quantizer import VectorQuantizer
+from evatok.models.weights import ConfigInWeightsMixin
 
 PAD_ID = -1  # code id stored at padded positions of a mixed-assignment batch
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_METADATA_KEY = "evatok_tokenizer_config"
 
 AssignmentLike = Sequence[int] | Sequence[Sequence[int]] | Tensor
 
@@ -130,8 +125,11 @@ class PooledQueries(nn.Module):
         return self.project(queries) + self.index_embedding[:count]
 
 
-class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="evatok"):
+class Tokenizer(nn.Module, ConfigInWeightsMixin, PyTorchModelHubMixin, library_name="evatok"):
     """Adaptive-length Q-Former video tokenizer with block-causal encoder and decoder."""
+
+    config_class = TokenizerConfig
+    config_metadata_key = "evatok_tokenizer_config"
 
     def __init__(self, config: TokenizerConfig | dict | None = None) -> None:
         super().__init__()
@@ -434,26 +432,6 @@ class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="evatok"):
 
     # ----- weights -------------------------------------------------------------------------
 
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Write the weights as safetensors with the config in the file's metadata."""
-        metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(self.config.to_dict())}
-        save_model(self, str(Path(save_directory) / WEIGHTS_NAME), metadata=metadata)
-
-    @classmethod
-    def from_safetensors(cls, path: str | Path, device: str = "cpu") -> Tokenizer:
-        """Build a tokenizer from one safetensors file that stores its config in the metadata."""
-        path = Path(path)
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if CONFIG_METADATA_KEY not in metadata:
-            raise ValueError(
-                f"{path} has no '{CONFIG_METADATA_KEY}' metadata: it was not written by "
-                "Tokenizer.save_pretrained; load it with a matching config instead"
-            )
-        config = TokenizerConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-        model = cls(config)
-        load_model(model, str(path), device=device)
-        return model
 
     def num_parameters(self) -> int:
         """Return the number of parameters."""

@@ -12,6 +12,7 @@ from evatok.training.recipe import LossOutput, Recipe, StepContext
 RECIPES: dict[str, str] = {
     "toy": "evatok.training.toy:ToyRecipe",
     "proxy": "evatok.training.proxy:ProxyRecipe",
+    "router": "evatok.training.router:RouterRecipe",
 }
 
 

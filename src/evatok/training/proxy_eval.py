@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from evatok.evaluation import masked_frame_mean
 from evatok.metrics import MODEL_RANGE, LPIPSMetric, psnr
 from evatok.models.tokenizer import Tokenizer
 from evatok.training.proxy import clip_spec_of, split_entries, tokenizer_config_of
@@ -39,12 +40,6 @@ def held_out_dataset(config: DictConfig, max_clips_per_video: int | None = None)
         held_out, spec, max_clips_per_video=limit, cache_dir=config.data.cache_dir,
         max_bad_fraction=config.data.max_bad_fraction,
     )
-
-
-def _masked_frame_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Return the mean over real frames of each clip: values and mask are (batch, frames)."""
-    weights = mask.to(values.dtype)
-    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 @torch.no_grad()
@@ -72,9 +67,9 @@ def evaluate_reconstruction(
         mean_colour = video.mean(dim=(2, 3, 4), keepdim=True).expand_as(video)
         candidates["mean_colour"] = mean_colour
         for name, reconstruction in candidates.items():
-            sums[name]["psnr"] += float(_masked_frame_mean(psnr(reconstruction, video, MODEL_RANGE), mask).sum())
+            sums[name]["psnr"] += float(masked_frame_mean(psnr(reconstruction, video, MODEL_RANGE), mask).sum())
             lpips_values = lpips(reconstruction, video, MODEL_RANGE).to(device)
-            sums[name]["lpips"] += float(_masked_frame_mean(lpips_values, mask).sum())
+            sums[name]["lpips"] += float(masked_frame_mean(lpips_values, mask).sum())
         num_clips += video.shape[0]
     if num_clips == 0:
         raise ValueError("the held-out dataset has no clips: use more or longer held-out videos")
