@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evatok.cli.eval",
     "evatok.cli.tokens",
     "evatok.cli.router",
+    "evatok.cli.curve",
 )
 
 
