@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `evatok` command line and return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
+    level = levels[min(args.verbose, len(levels) - 1)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
