@@ -256,10 +256,10 @@ def test_save_and_load_pretrained(tmp_path, tiny, monkeypatch):
         stored = json.loads(handle.metadata()[Tokenizer.config_metadata_key])
     assert stored == tiny.config.to_dict()
 
-    def refuse_pickle(*args, **kwargs):
+    def reject_torch_load(*args, **kwargs):
         raise AssertionError("torch.load (pickle) was called while loading a checkpoint")
 
-    monkeypatch.setattr(torch, "load", refuse_pickle)
+    monkeypatch.setattr(torch, "load", reject_torch_load)
     loaded = Tokenizer.from_pretrained(str(tmp_path)).eval()
     from_file = Tokenizer.from_safetensors(tmp_path / "model.safetensors").eval()
     assert loaded.config == tiny.config

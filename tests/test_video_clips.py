@@ -128,7 +128,8 @@ def test_model_tensor_round_trip() -> None:
     tensor = to_model_input(frames)
     assert tensor.shape == (3, 4, 8, 8)
     assert tensor.dtype == torch.float32
-    assert tensor.min() >= -1.0 and tensor.max() <= 1.0
+    assert tensor.min() >= -1.0
+    assert tensor.max() <= 1.0
     assert np.array_equal(from_model_output(tensor), frames)
     assert from_model_output(torch.full((3, 1, 1, 1), 5.0)).tolist() == [[[[255, 255, 255]]]]
     with pytest.raises(ValueError, match="uint8"):
