@@ -119,3 +119,18 @@ def lecam_regularization(
     real_term = F.relu(real_logits.float() - fake_ema).pow(2).mean()
     fake_term = F.relu(real_ema - fake_logits.float()).pow(2).mean()
     return real_term + fake_term
+
+
+def alignment_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return the mean negative cosine similarity between `projected` and `target`, position by position.
+
+    Both are (B, N, D) with the feature axis last; the result lies in [-1, 1] and is -1 when every
+    position points the same way. `target` comes from a frozen encoder, so it is detached.
+    """
+    if projected.shape != target.shape:
+        raise ValueError(
+            f"alignment_loss needs equal shapes, got projected {tuple(projected.shape)} and target "
+            f"{tuple(target.shape)}; resample the target features to the decoder grid first"
+        )
+    similarity = F.cosine_similarity(projected.float(), target.detach().float(), dim=-1)
+    return -similarity.mean()
