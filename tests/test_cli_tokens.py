@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from evatok.codec import decode_video, encode_video
 from evatok.models import Tokenizer
 from evatok.presets import tokenizer_config
 from evatok.tokens import TokenizedVideo
+from video_fixtures import luma_psnr, read_mp4
 
 # 56 frames at 24 fps: three full clips of 16 frames and a tail clip with 8 real frames.
 FLOWER = "elastictok__flower.mp4"
@@ -33,19 +33,6 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
         [sys.executable, "-c", RUN_CLI, *map(str, args)],
         capture_output=True, text=True, timeout=120, check=False,
     )
-
-
-def read_mp4(path: Path) -> np.ndarray:
-    """Decode every frame of a file as uint8 RGB (N, H, W, 3)."""
-    with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
-
-
-def luma_psnr(x: np.ndarray, y: np.ndarray) -> float:
-    """Return the PSNR (dB) of the BT.601 luma of two uint8 RGB videos."""
-    weights = np.array([0.299, 0.587, 0.114])
-    mse = float(np.mean((x.astype(np.float64) @ weights - y.astype(np.float64) @ weights) ** 2))
-    return 10.0 * np.log10(255.0**2 / mse)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from evatok.tokens import TokenizedVideo
 from evatok.video.clips import from_model_output, read_video
 from evatok.video.io import VideoDecodeError
 from evatok.video.writer import VideoWriter, side_by_side, write_video
+from video_fixtures import luma_psnr, read_mp4
 
 # 56 frames at 24 fps: three full clips of 16 frames and a tail clip with 8 real frames.
 FLOWER = "elastictok__flower.mp4"
@@ -50,19 +51,6 @@ def micro() -> Tokenizer:
 @pytest.fixture(scope="module")
 def flower_tokens(micro: Tokenizer, clips_dir: Path) -> TokenizedVideo:
     return encode_video(micro, clips_dir / FLOWER, (8, 4, 2, 2), batch_size=3)
-
-
-def read_mp4(path: Path) -> np.ndarray:
-    """Decode every frame of a file as uint8 RGB (N, H, W, 3)."""
-    with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
-
-
-def luma_psnr(x: np.ndarray, y: np.ndarray) -> float:
-    """Return the PSNR (dB) of the BT.601 luma of two uint8 RGB videos."""
-    weights = np.array([0.299, 0.587, 0.114])
-    mse = float(np.mean((x.astype(np.float64) @ weights - y.astype(np.float64) @ weights) ** 2))
-    return 10.0 * np.log10(255.0**2 / mse)
 
 
 def cropped_input(clips_dir: Path, name: str, model: Tokenizer) -> np.ndarray:

@@ -137,7 +137,7 @@ def test_model_tensor_round_trip() -> None:
 
 
 def test_memory_flat_in_video_length(clips_dir: Path) -> None:
-    """Streaming 720 frames of 1280x720 holds about one clip at a time, not the video."""
+    """Streaming 720 frames of 1280x720 keeps about one clip in memory at a time, not the whole video."""
     path = clips_dir / "moviepy__big_buck_bunny_0_30.webm"
     spec = ClipSpec(num_frames=8, height=64, width=64, frame_stride=4)
     tracemalloc.start()

@@ -84,3 +84,16 @@ def write_audio_only(path: Path, seconds: float = 0.5) -> Path:
         stream = container.add_stream("aac", rate=8000)
         _write_silence(container, stream, seconds)
     return path
+
+
+def read_mp4(path: Path) -> np.ndarray:
+    """Decode every frame of a file as uint8 RGB (N, H, W, 3)."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def luma_psnr(x: np.ndarray, y: np.ndarray) -> float:
+    """Return the PSNR (dB) of the BT.601 luma of two uint8 RGB videos."""
+    weights = np.array([0.299, 0.587, 0.114])
+    mse = float(np.mean((x.astype(np.float64) @ weights - y.astype(np.float64) @ weights) ** 2))
+    return 10.0 * np.log10(255.0**2 / mse)

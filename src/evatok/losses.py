@@ -45,7 +45,7 @@ class PerceptualLoss(nn.Module):
         self.frames = frames
 
     def train(self, mode: bool = True) -> PerceptualLoss:
-        """Keep the frozen network in eval mode whatever the caller asks."""
+        """Keep the frozen network in eval mode whatever mode the caller requests."""
         super().train(mode)
         self.network.eval()
         return self

@@ -3,7 +3,7 @@
 Own implementation rather than vector-quantize-pytorch, for three reasons. The tokenizer pads
 blocks of a mixed-assignment batch, and padded positions must never reach the codebook, its
 usage statistics, the restart pool or any loss. Here the quantizer only ever receives the valid
-vectors, which callers select with a mask, so that guarantee holds by construction. Restart and
+vectors, which callers select with a mask, so the guarantee is true by construction. Restart and
 the entropy term must see exactly those valid vectors too. And block causality needs the lookup of
 one block to be computed independently of later blocks, which a per-call lookup gives directly.
 

@@ -6,7 +6,7 @@ Clips do not overlap: clip k contains sampled frames [k * num_frames, (k + 1) * 
 
 Short-video policy, the same in `iter_clips`, `read_video`, `index_clips` and the datasets: a video
 with fewer sampled frames than `num_frames` is either padded ("pad": the last frame is repeated and
-`num_valid` says how many frames are real) or skipped ("skip": it yields no clip, which is logged).
+`num_valid` counts the real frames) or skipped ("skip": it yields no clip, which is logged).
 The partial tail of a longer video is dropped by `iter_clips` unless `include_tail=True`, which
 `read_video` sets so that a whole video can be encoded and cropped back to its exact length.
 """
