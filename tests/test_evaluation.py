@@ -84,6 +84,7 @@ def test_eval_command_writes_metrics(tmp_path, clips_dir, capsys):
     assert summary["lpips"] > 0.0
     assert summary["rfvd"] > 0.0
     assert [row["path"].split("/")[-1] for row in result["clips"]] == CLIPS
+    assert [row["assignment"] for row in result["clips"]] == [[2, 4, 8, 8], [2, 4, 8, 8]]
     protocol = result["protocol"]
     assert protocol["assignment"] == "fixed (2, 4, 8, 8)"
     assert protocol["fvd"]["split"] == "test-clips"

@@ -59,6 +59,30 @@ class AssignmentRule:
         """Return the rule as text, e.g. 'uniform (256, 256, 256, 256)'."""
         return f"{self.kind} {self.counts}"
 
+    def assign(self, video: torch.Tensor) -> torch.Tensor:
+        """Return the (batch, blocks) token counts of a batch of clips: the same row for every clip."""
+        return torch.tensor(self.counts, dtype=torch.long, device=video.device).expand(video.shape[0], -1)
+
+
+class RouterRule:
+    """Rule that gives each clip the router's most probable assignment."""
+
+    kind = "router"
+
+    def __init__(self, router: Any, name: str = "router") -> None:
+        self.router = router
+        self.name = name
+
+    def describe(self) -> str:
+        """Return the rule as text."""
+        return f"router ({self.name})"
+
+    def assign(self, video: torch.Tensor) -> torch.Tensor:
+        """Return the router's (batch, blocks) token counts for a batch of clips."""
+        self.router.to(video.device)
+        assignments = self.router.predict(video)
+        return torch.tensor(assignments, dtype=torch.long, device=video.device)
+
 
 def masked_frame_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Return the mean over real frames of each clip: values and mask are (batch, frames)."""
@@ -70,7 +94,7 @@ def masked_frame_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def evaluate_reconstruction(
     model: Tokenizer,
     dataset: ClipDataset,
-    rule: AssignmentRule,
+    rule: AssignmentRule | RouterRule,
     lpips: LPIPSMetric,
     i3d: I3DFeatures | None = None,
     batch_size: int = 4,
@@ -93,14 +117,15 @@ def evaluate_reconstruction(
     loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False)
 
     want_fvd, fvd_reason = _fvd_plan(i3d, spec.num_frames, count, fvd_min_clips)
+    count_columns = tuple(f"count_{block}" for block in range(model.config.num_blocks))
     rows: list[torch.Tensor] = []
     real_features: list[torch.Tensor] = []
     fake_features: list[torch.Tensor] = []
-    tokens = float(sum(rule.counts))
     for batch in loader:
         video = batch["video"].to(device)
         mask = batch["mask"].to(device)
-        reconstruction = model(video, rule.counts, with_entropy=False).reconstruction.clamp(-1, 1)
+        counts = rule.assign(video)
+        reconstruction = model(video, counts, with_entropy=False).reconstruction.clamp(-1, 1)
         per_frame = {
             "psnr": psnr(reconstruction, video, MODEL_RANGE),
             "ssim": ssim(reconstruction, video, MODEL_RANGE),
@@ -109,21 +134,23 @@ def evaluate_reconstruction(
         columns = [
             masked_frame_mean(per_frame[name].cpu(), mask.cpu()) for name in ("psnr", "ssim", "lpips")
         ]
-        columns.append(torch.full((video.shape[0],), tokens, dtype=torch.float64))
+        columns.append(counts.sum(dim=1).cpu().to(torch.float64))
         columns.append(mask.sum(dim=1).cpu().to(torch.float64))
+        columns.extend(counts.cpu().to(torch.float64).unbind(dim=1))
         rows.append(torch.stack(columns, dim=1))
         if want_fvd:
             real_features.append(i3d(video, MODEL_RANGE))  # type: ignore[misc]
             fake_features.append(i3d(reconstruction, MODEL_RANGE))  # type: ignore[misc]
 
-    local = torch.cat(rows) if rows else torch.zeros(0, len(CLIP_COLUMNS), dtype=torch.float64)
+    names = CLIP_COLUMNS + count_columns
+    local = torch.cat(rows) if rows else torch.zeros(0, len(names), dtype=torch.float64)
     table = gather_rows_by_index(mine, local, count)
     clip_rows = []
     for index, values in enumerate(table.tolist()):
         path, clip_number, _, _ = dataset.items[index]
-        clip_rows.append(
-            {"path": path, "clip": clip_number, **dict(zip(CLIP_COLUMNS, values, strict=True))}
-        )
+        row = dict(zip(names, values, strict=True))
+        assignment = [int(row.pop(name)) for name in count_columns]
+        clip_rows.append({"path": path, "clip": clip_number, **row, "assignment": assignment})
 
     summary: dict[str, Any] = {
         name: float(table[:, i].mean()) for i, name in enumerate(CLIP_COLUMNS)

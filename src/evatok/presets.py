@@ -41,6 +41,10 @@ def load_preset(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Dict
     config = OmegaConf.create(text)
     if not isinstance(config, DictConfig):
         raise ValueError(f"{source} is not a mapping of sections such as 'tokenizer:'")
+    if "base" in config:
+        from evatok.training.config import read_preset
+
+        config = read_preset(path if path.suffix in (".yaml", ".yml") else str(name_or_path))
     for override in overrides:
         if "=" not in override:
             raise ValueError(f"override '{override}' has no '=': write it as section.key=value")

@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evatok.cli.tokens",
     "evatok.cli.router",
     "evatok.cli.curve",
+    "evatok.cli.pipeline",
+    "evatok.cli.generate",
 )
 
 

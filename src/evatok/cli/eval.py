@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="uniform:256",
         help="uniform:K (K tokens in every block) or one count per block, e.g. 64,128,256,512",
     )
+    parser.add_argument(
+        "--router",
+        default=None,
+        help="router weights (run folder, folder or .safetensors): each clip gets the router's "
+        "assignment instead of --assignment",
+    )
 
     parser.add_argument("--frame-stride", type=int, default=1, help="keep every n-th decoded frame")
     parser.add_argument(
@@ -81,6 +87,11 @@ def run_eval(args: argparse.Namespace) -> int:
     model = _load_tokenizer(Tokenizer, args.checkpoint).to(args.device)
     config = model.config
     rule = AssignmentRule.parse(args.assignment, model.space)
+    if args.router is not None:
+        from evatok.evaluation import RouterRule
+        from evatok.models.router import Router
+
+        rule = RouterRule(Router.load(args.router), str(args.router))
     spec = clip_spec(config, frame_stride=args.frame_stride, sample_fps=args.fps)
     if args.videos.is_dir():
         entries = list_videos(args.videos)

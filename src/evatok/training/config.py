@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,21 @@ class LossConfig:
     disc_width: int = 256
     disc_depth: int = 4
     disc_heads: int = 4
+    # Alignment of a decoder layer's features (through a small trainable MLP) to a frozen V-JEPA2
+    # encoder's features of the input video, by negative cosine similarity; 0 turns it off.
+    alignment_weight: float = 0.0
+    # Hugging Face hub id or local folder of the frozen V-JEPA2 weights (transformers format).
+    alignment_encoder: str = "facebook/vjepa2-vitl-fpc64-256"
+    # hidden_states index of the encoder (0 is the patch embedding, -1 the last block).
+    alignment_encoder_layer: int = -1
+    # Index of the tokenizer's decoder layer whose output is aligned; None takes the middle layer.
+    alignment_decoder_layer: int | None = None
+    # The semantic discriminator (trainable 1D-CNN heads on frozen VideoMAE features of several
+    # layers) replaces the PatchGAN when true; adversarial_weight and disc_start_step still apply.
+    semantic_disc: bool = False
+    semantic_disc_encoder: str = "MCG-NJU/videomae-base"
+    semantic_disc_layers: list[int] = field(default_factory=lambda: [4, 8, 12])
+    semantic_disc_head_width: int = 256
 
 
 @dataclass
@@ -133,6 +148,22 @@ class ExperimentConfig:
     tokenizer: dict[str, Any] = field(default_factory=dict)
 
 
+def settings_from_section(settings_class: type, config: DictConfig, name: str, nested: tuple[str, ...] = ()) -> Any:
+    """Build a settings dataclass from the config section `name`, rejecting unknown keys by name.
+
+    Keys in `nested` (such as a ``train:`` mapping of overrides) belong to other code and are skipped.
+    """
+    section = config.get(name) or {}
+    data = dict(OmegaConf.to_container(section, resolve=True)) if isinstance(section, DictConfig) else dict(section)
+    for key in nested:
+        data.pop(key, None)
+    known = {item.name for item in fields(settings_class)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} keys {unknown}: valid keys are {sorted(known | set(nested))}")
+    return settings_class(**data)
+
+
 def resolve_preset_path(name_or_path: str | Path) -> Path:
     """Find a preset by file path, or by name (`tiny`, `configs/tiny.yaml`) among the shipped ones."""
     path = Path(name_or_path)
@@ -148,6 +179,20 @@ def resolve_preset_path(name_or_path: str | Path) -> Path:
     )
 
 
+def read_preset(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Read a preset YAML; a top-level `base: NAME` key first loads that preset under it."""
+    path = resolve_preset_path(name_or_path)
+    if path.resolve() in seen:
+        raise ValueError(f"preset {path} names itself as a base through {[str(p) for p in seen]}: remove the cycle")
+    preset = OmegaConf.load(path)
+    if not isinstance(preset, DictConfig):
+        raise ValueError(f"preset {path} is not a mapping of sections such as `tokenizer:`")
+    base = preset.pop("base", None)
+    if base is None:
+        return preset
+    return OmegaConf.merge(read_preset(base, (*seen, path.resolve())), preset)
+
+
 def load_config(
     name_or_path: str | Path | None = None, overrides: list[str] | None = None
 ) -> DictConfig:
@@ -159,8 +204,7 @@ def load_config(
     for section in ("train", "loss", "data", "run"):
         OmegaConf.set_struct(config[section], True)
     if name_or_path is not None:
-        preset = OmegaConf.load(resolve_preset_path(name_or_path))
-        config = OmegaConf.merge(config, preset)
+        config = OmegaConf.merge(config, read_preset(name_or_path))
     if overrides:
         bad = [item for item in overrides if "=" not in item]
         if bad:
@@ -196,6 +240,11 @@ def validate_config(config: DictConfig) -> None:
             f"invalid loss.adversarial_loss {config.loss.adversarial_loss!r}: use hinge or "
             "non_saturating"
         )
+    loss = config.loss
+    if loss.alignment_weight < 0:
+        raise ValueError(f"invalid loss.alignment_weight {loss.alignment_weight}: use 0 (off) or a positive weight")
+    if loss.semantic_disc and not loss.semantic_disc_layers:
+        raise ValueError("loss.semantic_disc is true but loss.semantic_disc_layers is empty: list VideoMAE layer indices")
     if config.run.log_every < 1 or config.run.save_every < 1:
         raise ValueError(
             f"invalid run.log_every {config.run.log_every} / run.save_every "

@@ -120,7 +120,8 @@ class Trainer:
         if discriminator is not None:
             disc_lr = train.disc_lr if train.disc_lr is not None else train.lr
             disc_optimizer = torch.optim.AdamW(
-                discriminator.parameters(), lr=disc_lr, betas=tuple(train.betas), weight_decay=train.weight_decay
+                # A semantic discriminator holds a frozen encoder; only its heads train.
+                [p for p in discriminator.parameters() if p.requires_grad], lr=disc_lr, betas=tuple(train.betas), weight_decay=train.weight_decay
             )
             self.discriminator, self.disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
 

@@ -29,6 +29,7 @@ from evatok.metrics.codebook import CodebookUsage
 from evatok.models.config import TokenizerConfig
 from evatok.models.discriminators import TransformerPatchGAN
 from evatok.models.tokenizer import Tokenizer
+from evatok.training.alignment import AlignedTokenizer, VJEPA2Alignment
 from evatok.training.recipe import LossOutput, Recipe, StepContext
 from evatok.video.clips import ClipSpec
 from evatok.video.datasets import ClipDataset, VideoEntry, list_videos, read_manifest, split_by_file
@@ -100,7 +101,10 @@ class ProxyRecipe(Recipe):
         window = config.run.log_every * config.train.grad_accum_steps
         self.usage = CodebookUsage(self.tokenizer_config.codebook_size, window=window)
         self.perceptual: PerceptualLoss | None = None
+        self.alignment: VJEPA2Alignment | None = None
         self.restarted_codes = 0
+        if config.loss.semantic_disc and config.loss.lecam_weight > 0:
+            logger.info("loss.lecam_weight applies to the PatchGAN only; the semantic discriminator runs without LeCam")
 
     def _count_probabilities(self, weights: list[float] | None) -> torch.Tensor:
         """Return the probability of each candidate count from the configured weights."""
@@ -119,13 +123,30 @@ class ProxyRecipe(Recipe):
 
     def build_model(self) -> nn.Module:
         model = Tokenizer(self.tokenizer_config)
-        logger.info("proxy tokenizer: %.2fM parameters", model.num_parameters() / 1e6)
-        return model
+        logger.info("tokenizer: %.2fM parameters", model.num_parameters() / 1e6)
+        loss = self.config.loss
+        if loss.alignment_weight <= 0:
+            return model
+        # Loading fails with a message that names the model id when the weights are missing.
+        self.alignment = VJEPA2Alignment.from_pretrained(loss.alignment_encoder, loss.alignment_encoder_layer)
+        aligned = AlignedTokenizer(model, loss.alignment_decoder_layer, self.alignment.width)
+        logger.info(
+            "alignment to %s (hidden_states[%d]) from decoder layer %d, weight %g",
+            loss.alignment_encoder, loss.alignment_encoder_layer, aligned.decoder_layer, loss.alignment_weight,
+        )
+        return aligned
 
     def build_discriminator(self) -> nn.Module | None:
         loss = self.config.loss
         if loss.adversarial_weight <= 0:
             return None
+        if loss.semantic_disc:
+            from evatok.models.semantic_disc import SemanticDiscriminator
+
+            logger.info("semantic discriminator on %s layers %s", loss.semantic_disc_encoder, list(loss.semantic_disc_layers))
+            return SemanticDiscriminator.from_pretrained(
+                list(loss.semantic_disc_layers), loss.semantic_disc_encoder, loss.semantic_disc_head_width
+            )
         tok = self.tokenizer_config
         return TransformerPatchGAN(
             tok.frames, tok.height, tok.width,
@@ -158,6 +179,10 @@ class ProxyRecipe(Recipe):
 
     # ----- losses -----
 
+    def assignments_for(self, video: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Return each sample's token counts (batch, blocks): random ones for the proxy."""
+        return self.draw_assignments(video.shape[0], ctx.generator)
+
     def draw_assignments(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Return a (batch, blocks) tensor of token counts, each block drawn independently."""
         choices = torch.multinomial(
@@ -182,11 +207,15 @@ class ProxyRecipe(Recipe):
         if self.config.data.horizontal_flip:
             flip = torch.rand(video.shape[0], generator=ctx.generator) < 0.5
             video = torch.where(flip.to(video.device)[:, None, None, None, None], video.flip(-1), video)
-        counts = self.draw_assignments(video.shape[0], ctx.generator).to(video.device)
+        counts = self.assignments_for(video, ctx).to(video.device)
 
         # The quantizer computes its codebook, commitment and entropy terms in float32 inside the
         # tokenizer's forward, also under bf16/fp16 autocast.
-        output = model(video, counts, with_entropy=loss.entropy_weight > 0)
+        projected = None
+        if self.alignment is not None:
+            output, projected = model(video, counts, with_entropy=loss.entropy_weight > 0)
+        else:
+            output = model(video, counts, with_entropy=loss.entropy_weight > 0)
         reconstruction = output.reconstruction
         terms: dict[str, torch.Tensor] = {}
 
@@ -208,9 +237,15 @@ class ProxyRecipe(Recipe):
         terms["perplexity"] = output.perplexity.detach().float()
         terms["tokens_per_clip"] = torch.tensor(output.num_tokens / video.shape[0])
 
+        if self.alignment is not None:
+            unwrapped = ctx.accelerator.unwrap_model(model)
+            alignment = self.alignment.to(video.device)(video, projected, unwrapped.feature_grid)
+            total = total + loss.alignment_weight * alignment
+            terms["align"] = alignment.detach()
+
         if ctx.discriminator is not None and self.discriminator_active(ctx.step):
             fake_logits = frozen_forward(ctx.discriminator, reconstruction)
-            adversarial = generator_adversarial_loss(fake_logits, loss.adversarial_loss)
+            adversarial = mean_over_heads(fake_logits, lambda logits: generator_adversarial_loss(logits, loss.adversarial_loss))
             weight = torch.ones((), device=video.device)
             if loss.adaptive_weight:
                 last_layer = ctx.accelerator.unwrap_model(model).head.weight
@@ -233,6 +268,16 @@ class ProxyRecipe(Recipe):
         real, fake = cache["real"], cache["fake"]
         # One forward over real and fake together: DDP expects one forward per backward.
         logits = discriminator(torch.cat([real, fake.to(real.dtype)]))
+        if isinstance(logits, (list, tuple)):
+            # The semantic discriminator returns one logits tensor per VideoMAE layer; the heads
+            # weigh equally.
+            heads = [(head[: real.shape[0]], head[real.shape[0] :]) for head in logits]
+            total = torch.stack([discriminator_loss(r, f, loss.adversarial_loss) for r, f in heads]).mean()
+            terms = {
+                "real_logit": torch.stack([r.detach().float().mean() for r, _ in heads]).mean(),
+                "fake_logit": torch.stack([f.detach().float().mean() for _, f in heads]).mean(),
+            }
+            return LossOutput(loss=total, terms=terms)
         real_logits, fake_logits = logits[: real.shape[0]], logits[real.shape[0] :]
         total = discriminator_loss(real_logits, fake_logits, loss.adversarial_loss)
         terms = {
@@ -269,7 +314,18 @@ class ProxyRecipe(Recipe):
         return stats
 
     def save_final(self, model: nn.Module, ema_model: nn.Module | None, directory: Path) -> None:
-        """Write the EMA tokenizer (or the raw one without EMA) with save_pretrained, config inside."""
-        (ema_model or model).save_pretrained(directory)
+        """Write the EMA tokenizer (or the raw one without EMA) with save_pretrained, config inside.
+
+        The alignment projector is a training aid and is left out.
+        """
+        as_tokenizer = [m.tokenizer if isinstance(m, AlignedTokenizer) else m for m in (model, ema_model)]
+        (as_tokenizer[1] or as_tokenizer[0]).save_pretrained(directory)
         if ema_model is not None:
-            model.save_pretrained(directory / "raw")
+            as_tokenizer[0].save_pretrained(directory / "raw")
+
+
+def mean_over_heads(logits: torch.Tensor | list[torch.Tensor], loss_of: Any) -> torch.Tensor:
+    """Return `loss_of(logits)`, averaged over the heads when the discriminator returns a list."""
+    if isinstance(logits, (list, tuple)):
+        return torch.stack([loss_of(head) for head in logits]).mean()
+    return loss_of(logits)

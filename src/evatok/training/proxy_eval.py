@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from evatok.evaluation import masked_frame_mean
 from evatok.metrics import MODEL_RANGE, LPIPSMetric, psnr
 from evatok.models.tokenizer import Tokenizer
+from evatok.training.alignment import tokenizer_state_dict
 from evatok.training.proxy import clip_spec_of, split_entries, tokenizer_config_of
 from evatok.video.datasets import ClipDataset
 
@@ -93,9 +94,9 @@ def load_checkpoint_tokenizer(checkpoint: Path, config: DictConfig, use_ema: boo
     state_file = checkpoint / f"custom_checkpoint_{1 if has_ema else 0}.pkl"
     if use_ema and has_ema:
         ema = torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
-        model.load_state_dict(ema["weights"])
+        model.load_state_dict(tokenizer_state_dict(ema["weights"]))
     else:
-        model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+        model.load_state_dict(tokenizer_state_dict(load_file(str(checkpoint / "model.safetensors"))))
     state = torch.load(state_file, map_location="cpu", weights_only=True)
     return model, state
 

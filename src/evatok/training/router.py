@@ -22,7 +22,7 @@ another best assignment.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from evatok.models.router import Router, RouterConfig
 from evatok.search.store import LabelStore
+from evatok.training.config import settings_from_section
 from evatok.training.recipe import LossOutput, Recipe, StepContext
 from evatok.video.clips import ClipSpec
 from evatok.video.datasets import ClipDataset, list_videos, split_by_file
@@ -60,16 +61,7 @@ class RouterTrainSettings:
     @classmethod
     def from_config(cls, config: DictConfig) -> RouterTrainSettings:
         """Read the settings from a run config, rejecting unknown keys by name."""
-        section = config.get("router_train") or {}
-        data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
-        data.pop("train", None)
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown router_train keys {unknown}: valid keys are {sorted(known | {'train'})}"
-            )
-        return cls(**data)
+        return settings_from_section(cls, config, "router_train", nested=("train",))
 
 
 def router_config_of(config: DictConfig) -> RouterConfig:
@@ -87,16 +79,16 @@ def router_config_of(config: DictConfig) -> RouterConfig:
     return RouterConfig.from_dict(data)
 
 
-def apply_train_overrides(config: DictConfig) -> list[str]:
-    """Replace the ``train:`` keys that ``router_train.train`` names; return the replaced keys."""
-    section = config.get("router_train")
-    overrides = section.get("train") if section is not None else None
+def apply_train_overrides(config: DictConfig, section_name: str = "router_train", target: str = "train") -> list[str]:
+    """Replace the ``<target>:`` keys that ``<section_name>.<target>`` names; return the replaced keys."""
+    section = config.get(section_name)
+    overrides = section.get(target) if section is not None else None
     if not overrides:
         return []
-    unknown = sorted(set(overrides) - set(config.train))
+    unknown = sorted(set(overrides) - set(config[target]))
     if unknown:
-        raise ValueError(f"unknown router_train.train keys {unknown}: use keys of the train section")
-    config.train = OmegaConf.merge(config.train, overrides)
+        raise ValueError(f"unknown {section_name}.{target} keys {unknown}: use keys of the {target} section")
+    config[target] = OmegaConf.merge(config[target], overrides)
     return sorted(overrides)
 
 
