@@ -72,7 +72,7 @@ def _final(rng: np.random.Generator) -> dict[str, Any]:
         "assignments": assignments,
         "samples": [
             {"kind": kind, "clip_key": SCRIPT_KEY if kind == "easy" else "clips/video3.mp4#0",
-             "assignment": [4, 8, 32, 16], "tokens": 60, "lpips": 0.31416,
+             "assignment": [4, 8, 32, 16], "tokens": 60, "lpips": 0.31416, "fps": 25.0 if kind == "easy" else None,
              "original": f"eval/samples/{kind}-0-original.npy",
              "reconstruction": f"eval/samples/{kind}-0-reconstruction.npy"}
             for kind in ("easy", "hard")
@@ -224,6 +224,8 @@ def test_sample_gif_is_side_by_side(full_report):
         assert gif.width == 2 * WIDTH
         assert gif.height == HEIGHT + LABEL_HEIGHT
         assert gif.n_frames == FRAMES
+        # The sample's 25 fps gives 40 ms per frame.
+        assert gif.info["duration"] == 40
         for index in (0, FRAMES - 1):
             gif.seek(index)
             frame = np.asarray(gif.convert("RGB"))[LABEL_HEIGHT:]

@@ -76,6 +76,18 @@ def to_uint8_frames(video: torch.Tensor, real_frames: int) -> np.ndarray:
     return frames.permute(1, 2, 3, 0).cpu().numpy()
 
 
+def sampled_fps(path: str | Path, spec: Any) -> float | None:
+    """Return the frame rate of a clip's sampled frames (the source rate over the stride, or spec.fps)."""
+    from evatok.video.io import VideoDecodeError, probe
+
+    if spec.fps is not None:
+        return float(spec.fps)
+    try:
+        return probe(path).fps / spec.frame_stride
+    except (VideoDecodeError, OSError):
+        return None
+
+
 def write_samples(ctx: StageContext, model: Any, router: Any, dataset: Any, rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """Save the originals and reconstructions of the clips with the fewest and the most tokens."""
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["tokens"], rows[i]["lpips"]))
@@ -96,6 +108,7 @@ def write_samples(ctx: StageContext, model: Any, router: Any, dataset: Any, rows
         np.save(folder / f"{stem}-reconstruction.npy", to_uint8_frames(reconstruction, real))
         samples.append({
             "kind": kind, "clip_key": rows[index]["clip_key"], "assignment": list(assignment),
+            "fps": sampled_fps(dataset.items[index][0], dataset.spec),
             "tokens": int(sum(assignment)), "lpips": rows[index]["lpips"],
             "original": f"eval/samples/{stem}-original.npy", "reconstruction": f"eval/samples/{stem}-reconstruction.npy",
         })

@@ -197,6 +197,9 @@ def run_pipeline(
             state.interrupted(stage, started)
             raise
         state.finish(stage, started, **extra)
+        if stage == "report":
+            # Written again so that its own stage table shows the report stage as done.
+            run_report(ctx)
         echo(f"{prefix}: done in {format_seconds(state.data['stages'][stage]['seconds'])}")
     return state
 

@@ -15,8 +15,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 DPI = 100
-# NOTE: 80 ms per frame (12.5 fps) plays a 25 fps source sampled at stride 2 at its real speed. The
-# sample arrays carry no frame rate, so clips from other sources or strides play faster or slower.
+# Frame time of a sample without an "fps" entry: 80 ms (12.5 fps) plays a 25 fps source sampled at
+# stride 2 at its real speed.
 GIF_FRAME_MS = 80
 LABEL_HEIGHT = 12  # pixels of the caption strip above a side-by-side GIF
 MAX_ROW_LABELS = 30  # above this many clips the map shows no clip keys on its rows

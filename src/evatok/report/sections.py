@@ -237,7 +237,9 @@ def _sample_block(run: RunFiles, sample: Mapping[str, Any]) -> Block:
     try:
         original = figures.load_frames(original_path)
         reconstruction = figures.load_frames(reconstruction_path)
-        gif = figures.write_side_by_side_gif(original, reconstruction, _gif_path(original_path))
+        fps = sample.get("fps")
+        frame_ms = round(1000 / fps) if isinstance(fps, (int, float)) and fps > 0 else figures.GIF_FRAME_MS
+        gif = figures.write_side_by_side_gif(original, reconstruction, _gif_path(original_path), frame_ms)
     except (OSError, ValueError) as error:
         logger.warning("report: sample %s skipped: %s", sample.get("clip_key"), error)
         return Paragraph(f"Sample {sample.get('clip_key')} could not be drawn: {error}", missing=True)
