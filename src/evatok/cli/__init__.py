@@ -20,7 +20,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evatok.cli.router",
     "evatok.cli.curve",
     "evatok.cli.pipeline",
-    "evatok.cli.generate",
 )
 
 
