@@ -83,3 +83,13 @@ def test_preset_errors(tmp_path):
         tokenizer_config("tiny", ["tokenizer.encoder_width=100", "tokenizer.encoder_heads=3"])
     with pytest.raises(ValueError, match="not strictly increasing"):
         tokenizer_config("tiny", ["tokenizer.candidates=[8,4]"])
+
+
+def test_every_listed_preset_has_tokenizer() -> None:
+    names = preset_names()
+    assert "demo" in names
+    assert not [name for name in names if name.startswith("generator-")]
+    for name in names:
+        assert tokenizer_config(name).num_blocks == 4, name
+    # The demo preset changes the tiny one through `base: tiny`.
+    assert tokenizer_config("demo") == tokenizer_config("tiny")

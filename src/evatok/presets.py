@@ -15,11 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from evatok.models.config import TokenizerConfig
 
+# Shipped presets whose names start with this prefix configure the generator and have no tokenizer.
+GENERATOR_PRESET_PREFIX = "generator-"
+
 
 def preset_names() -> list[str]:
-    """Return the names of the presets shipped with evatok."""
+    """Return the names of the tokenizer presets shipped with evatok (generator presets excluded)."""
     folder = resources.files("evatok") / "configs"
-    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    return sorted(
+        entry.name[: -len(".yaml")]
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml") and not entry.name.startswith(GENERATOR_PRESET_PREFIX)
+    )
 
 
 def load_preset(name_or_path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evatok.cli.router",
     "evatok.cli.curve",
     "evatok.cli.pipeline",
+    "evatok.cli.generate",
 )
 
 

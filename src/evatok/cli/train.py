@@ -19,7 +19,8 @@ def build_options_parser(recipe: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"evatok train {recipe}", description=DESCRIPTION)
     parser.add_argument(
         "--config", default=None,
-        help="YAML preset: a file path or a shipped preset name (tiny, paper, micro)",
+        help="YAML preset: a file path or a shipped preset name (micro, demo, tiny, paper; generator-micro, "
+        "generator-tiny for the generator)",
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE",
@@ -31,7 +32,8 @@ def build_options_parser(recipe: str) -> argparse.ArgumentParser:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand."""
     parser = subparsers.add_parser(
-        "train", help="train one stage (toy engine check, proxy tokenizer, router)", description=DESCRIPTION
+        "train", help="train one stage (toy engine check, proxy tokenizer, router, final tokenizer, generator)",
+        description=DESCRIPTION
     )
     parser.add_argument("recipe", choices=sorted(RECIPES), help="stage to train")
     # argparse cannot mix a positional list with options inside a subcommand, so everything after

@@ -13,6 +13,7 @@ RECIPES: dict[str, str] = {
     "toy": "evatok.training.toy:ToyRecipe",
     "proxy": "evatok.training.proxy:ProxyRecipe",
     "router": "evatok.training.router:RouterRecipe",
+    "generator": "evatok.training.generator:GeneratorRecipe",
     "final": "evatok.training.final:FinalRecipe",
 }
 
