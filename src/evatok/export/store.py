@@ -10,6 +10,9 @@ Writes follow the label store of the assignment search (``evatok.search.store``)
 written under a temporary name and renamed into place, a shard before its index entry. An index
 entry lost to a kill between the two writes is rebuilt from its shard. Shard names start with
 the writing process's index, and a clip is done when a shard contains it.
+
+TODO: the folder bookkeeping (meta check, shard and index names, temporary-file cleanup) repeats
+`evatok.search.store.LabelStore` line for line; one shared base class should serve both.
 """
 
 from __future__ import annotations
