@@ -234,3 +234,15 @@ def test_pipeline_rejects_single_video(clips_dir: Path, tmp_path: Path, capsys: 
     status = main(["pipeline", "--videos", str(videos), "--run", str(tmp_path / "run"), *OPTIONS])
     assert status == 2
     assert "needs at least 2" in capsys.readouterr().err
+
+
+def test_unreadable_video_stops_cleanly(clips_dir: Path, videos_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    videos = link_videos(tmp_path / "videos", clips_dir)
+    os.symlink(videos_dir / "edge" / "undecodable" / "decord__corrupted.mp4", videos / "decord__corrupted.mp4")
+    status = main(["pipeline", "--videos", str(videos), "--run", str(tmp_path / "run"), *OPTIONS, "--until", "proxy"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "decord__corrupted.mp4" in error
+    assert "data.max_bad_fraction" in error
+    assert stage_status(tmp_path / "run", "split") == "done"
+    assert stage_status(tmp_path / "run", "proxy") == "running"

@@ -64,6 +64,7 @@ def execute(args: argparse.Namespace, videos: Path | str) -> int:
     from evatok.pipeline import run_pipeline, stage_table
     from evatok.pipeline.stages import StageStopped
     from evatok.training import load_config
+    from evatok.video.io import VideoDecodeError
 
     command = "evatok " + " ".join(shlex.quote(part) for part in sys.argv[1:])
     try:
@@ -75,6 +76,13 @@ def execute(args: argparse.Namespace, videos: Path | str) -> int:
     except StageStopped as stop:
         print(f"stopped: {stop}")
         return 0
+    except VideoDecodeError as error:
+        print(
+            f"error: {error}\nSet data.max_bad_fraction=F to skip up to that fraction of unreadable videos, "
+            "then run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
