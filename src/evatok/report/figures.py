@@ -34,7 +34,8 @@ def _new_figure(width: float, height: float) -> Any:
 def _save(figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    # A tight bounding box keeps labels that tight_layout misses, such as a colour bar's label.
+    figure.savefig(path, format="png", bbox_inches="tight")
     return path
 
 
