@@ -191,3 +191,10 @@ def test_resume_in_new_process_matches_straight_run(tmp_path: Path) -> None:
     got_ema = load_file(str(resumed / "final" / "model.safetensors"))
     for key, value in want_ema.items():
         assert torch.allclose(got_ema[key], value, atol=1e-6), key
+
+
+def test_misspelt_override_key_is_value_error() -> None:
+    from evatok.training import load_config
+
+    with pytest.raises(ValueError, match="Did you mean: 'steps'"):
+        load_config("micro", ["train.stesp=60"])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -212,7 +213,13 @@ def load_config(
                 f"invalid override {bad[0]!r}: overrides are dotted `key=value` pairs, "
                 "for example train.lr=3e-4 or run.dir=runs/test"
             )
-        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as error:
+            # For example a misspelt key of a typed section. OmegaConf's first line names the key
+            # and suggests the right one; the rest of its message lists internal details.
+            first_line = str(error).splitlines()[0]
+            raise ValueError(f"invalid override among {list(overrides)}: {first_line}") from error
     validate_config(config)
     return config
 

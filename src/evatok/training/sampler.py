@@ -35,7 +35,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
             raise ValueError(
                 f"dataset has {dataset_size} samples, fewer than one global batch of {global_batch} "
                 f"({batch_size} per process x {num_processes} processes): add data or lower "
-                "train.batch_size"
+                "train.batch_size (router_train.train.batch_size for the router, "
+                "final.train.batch_size for the final tokenizer)"
             )
         self.dataset_size = dataset_size
         self.batch_size = batch_size
