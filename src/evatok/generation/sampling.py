@@ -12,13 +12,13 @@ of adaptive-length clips costs as much as its longest clip (see benchmarks/gener
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from evatok.codec import inference
 from evatok.generation.grammar import GrammarState
 from evatok.generation.vocab import GenerationVocab, ParsedSequence
 from evatok.models.generator import Generator, KVCache
@@ -177,18 +177,6 @@ class DecodingSession:
         return self.prefix[: self.batch]
 
 
-@contextlib.contextmanager
-def eval_mode(model: Generator) -> Iterator[None]:
-    """Run the model in eval mode without gradients, restoring its training flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def sample_sequences(
     model: Generator,
     class_indices: Sequence[int],
@@ -206,7 +194,7 @@ def sample_sequences(
     vocab: GenerationVocab = model.vocab
     if len(class_indices) == 0:
         raise ValueError("no class indices given: pass one class index per clip to sample")
-    with eval_mode(model):
+    with inference(model):
         session = DecodingSession(
             model, class_indices, cfg_scale=settings.cfg_scale, use_cache=settings.use_cache
         )

@@ -164,7 +164,7 @@ class GenerationVocab:
             length_token = tokens[position]
             if not self.first_length_id <= length_token < self.first_class_id:
                 raise ValueError(
-                    f"position {position} holds id {length_token} where the length token of block "
+                    f"position {position} contains id {length_token} where the length token of block "
                     f"{block} must come"
                 )
             count = self.candidates[length_token - self.first_length_id]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from evatok.sharded import atomic_write_text
 
 STATE_NAME = "pipeline.json"
 
@@ -22,11 +23,9 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file and rename it, so a killed process never leaves half a file."""
+    """Write JSON through a temporary file and a rename, so a killed process never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 @dataclass

@@ -120,7 +120,7 @@ class Trainer:
         if discriminator is not None:
             disc_lr = train.disc_lr if train.disc_lr is not None else train.lr
             disc_optimizer = torch.optim.AdamW(
-                # A semantic discriminator holds a frozen encoder; only its heads train.
+                # A semantic discriminator contains a frozen encoder, and only its heads train.
                 [p for p in discriminator.parameters() if p.requires_grad], lr=disc_lr, betas=tuple(train.betas), weight_decay=train.weight_decay
             )
             self.discriminator, self.disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
