@@ -31,7 +31,7 @@ TMP_SUFFIX = ".tmp"
 
 
 def load_pandas(purpose: str):
-    """Import pandas with pyarrow for Parquet, or raise an ImportError that says how to install them."""
+    """Import pandas with pyarrow for Parquet, or raise an ImportError with the install command."""
     try:
         import pandas as pd
         import pyarrow  # noqa: F401  # pandas needs it for Parquet
